@@ -139,7 +139,7 @@ def check_standalone_sources(nb, path=None):
     """Static half of 'standalone': nothing refers to files of this repository or of the machine."""
     problems = []
     for i, cell in enumerate(nb.cells):
-        for pattern in ["../shared", "/work/", "tools/snippets", "../notebooks", "../book"]:
+        for pattern in ["../shared", "/work/", "../notebooks", "../book", "../tools"]:
             if pattern in cell.source:
                 problems.append(f"cell {i} refers to {pattern!r}: a notebook must run from an empty folder")
     return problems
@@ -235,9 +235,12 @@ def check_exercises(nb, path=None):
         previous = [j for j in solutions if j < i]
         if not previous or any(k in tests for k in range(previous[-1], i)):
             problems.append(f"test cell {i} must follow its own solution cell")
-    exercise_prompts = [c for c in nb.cells[start:] if c.cell_type == "markdown" and re.match(r"###? ", c.source)]
-    if len(exercise_prompts) < 4:
-        problems.append(f"expected at least four exercises (### headings after '## Exercises'), found {len(exercise_prompts)}")
+    prose = "\n".join(c.source for c in nb.cells[start:] if c.cell_type == "markdown")
+    exercises = re.findall(r"^### Exercise \d+\b", prose, re.MULTILINE)
+    if len(exercises) < 4:
+        problems.append(f"expected at least four '### Exercise N: ...' headings, found {len(exercises)}")
+    if not re.search(r"^###.*open questions", prose, re.MULTILINE | re.IGNORECASE):
+        problems.append("the exercises need open questions, under a '### Open questions' heading")
     return problems
 
 
