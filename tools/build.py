@@ -84,8 +84,12 @@ def execute(schedule, jobs, run_dir=RUN_DIR):
     ]
     if jobs > 1:
         command += ["-n", str(jobs)]
-    print("+", " ".join(command), flush=True)
-    return subprocess.run(command, cwd=run_dir).returncode == 0
+    env = dict(os.environ)
+    # Share the cores between the notebooks that run side by side: oversubscribed OpenMP threads
+    # spin against each other and made one training chapter several times slower.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    print("+", f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}", " ".join(command), flush=True)
+    return subprocess.run(command, cwd=run_dir, env=env).returncode == 0
 
 
 def machine():
