@@ -6,16 +6,23 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test venv clean
+.PHONY: book test venv student clean
 
 book: $(STAMP)
 	$(PY) -m tools.build --schedule full
 
+# The tests run two notebooks at a time on CI's two cores: one OpenMP thread each, or the
+# threads spin against each other.
+test: export OMP_NUM_THREADS ?= 1
 test: $(STAMP)
 	$(PY) -m tools.build --schedule ci
 	$(PY) -m pytest tests
 
 venv: $(STAMP)
+
+# Regenerate the student versions (student/) after changing a chapter; commit them with it.
+student: $(STAMP)
+	$(PY) -m tools.assignments release
 
 # The environment is rebuilt whenever a requirements file or package.json changes.
 $(STAMP): requirements.txt requirements-nodeps.txt package.json package-lock.json

@@ -3,7 +3,7 @@
 from notebook_checks import ROOT, chapter_paths, colab_url
 
 HTML = ROOT / "_build" / "html"
-PROSE_PAGES = ["book/intro", "book/setup", "book/results", "book/references"]
+PROSE_PAGES = ["book/intro", "book/setup", "book/instructor_guide", "book/results", "book/references"]
 CHAPTER_PAGES = [f"notebooks/{p.stem}" for p in chapter_paths()]
 
 
