@@ -54,11 +54,6 @@ def chapters():
     return [ROOT / f"{f}.ipynb" for f in files if f.startswith("notebooks/")]
 
 
-def parameters_cell(nb):
-    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    return cells[0] if len(cells) == 1 else None
-
-
 def stage_runs(notebooks, schedule, run_dir=RUN_DIR):
     """Copy each notebook alone into its own empty folder; on the full schedule, drop the mocks."""
     shutil.rmtree(run_dir, ignore_errors=True)
