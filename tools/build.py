@@ -152,7 +152,8 @@ def results_table(summary):
                 shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
                 seconds = r.get("seconds")
                 cells = [r["trains"], r["metric"], shown, f"{seconds:.1f} s" if seconds is not None else ""]
-            rows.append("| " + " | ".join([link, *cells, reference, entry["schedule"], run, where]) + " |")
+            row = [link, *cells, reference, entry["schedule"], run, where]
+            rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     return "\n".join(rows)
 
 
