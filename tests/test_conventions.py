@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from notebook_checks import (
-    ALL_CHECKS, ROOT, chapter_paths, check_exercises, check_imports, check_no_outputs,
+    ALL_CHECKS, ROOT, chapter_paths, check_exercises, check_imports, check_no_outputs, check_plain_markdown,
     check_parameters_cell, check_setup_cell, check_title_and_badge, read,
 )
 
@@ -96,3 +96,10 @@ def test_exercise_without_hidden_tests_is_caught(chapter):
             cell.source = cell.source.replace("### BEGIN HIDDEN TESTS", "").replace("### END HIDDEN TESTS", "")
             break
     assert any("hidden" in p for p in check_exercises(broken, path))
+
+
+def test_latex_lost_to_a_string_escape_is_caught(chapter):
+    path, nb = chapter
+    broken = copy.deepcopy(nb)
+    broken.cells[0].source += "\n\n$2/\\lambda_\text{max}$"  # "\t" of "\text" became a tab
+    assert any("tab" in p for p in check_plain_markdown(broken, path))
