@@ -11,16 +11,19 @@ import nbformat
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_SNIPPET = ROOT / "tools" / "snippets" / "fashion_mnist.py"
+SNIPPETS = ROOT / "tools" / "snippets"  # cells several chapters paste verbatim
+DATA_SNIPPET = SNIPPETS / "fashion_mnist.py"
 
 # Top-level modules a notebook may import besides the standard library: requirements.txt and what
 # those packages bring (PIL with torchvision, IPython with ipykernel).
 INSTALLED = {
     "torch", "torchvision", "numpy", "pandas", "matplotlib", "PIL", "IPython", "skimage",
-    "torchinfo", "torchmetrics", "timm", "d2l", "tensorboard",
+    "torchinfo", "torchmetrics", "timm", "d2l", "tensorboard", "captum",
 }
 # Of those, what a fresh Colab runtime lacks: the setup cell must install these when used.
-COLAB_LACKS = {"torchinfo": "torchinfo", "torchmetrics": "torchmetrics", "d2l": "d2l"}
+COLAB_LACKS = {
+    "torchinfo": "torchinfo", "torchmetrics": "torchmetrics", "d2l": "d2l", "captum": "captum",
+}
 NEVER_INSTALL = {"torch", "numpy", "torchvision"}  # Colab's own builds match its CUDA
 
 
@@ -192,14 +195,46 @@ def check_plain_markdown(nb, path=None):
     return problems
 
 
-def check_data_cell(nb, path=None):
-    uses_data = any("fashion_mnist(" in c.source for c in code_cells(nb))
-    if not uses_data:
-        return []
-    snippet = DATA_SNIPPET.read_text().strip()
-    if not any(c.source.strip() == snippet for c in code_cells(nb)):
-        return [f"uses fashion_mnist() but no cell is identical to {DATA_SNIPPET.relative_to(ROOT)}"]
-    return []
+def snippet_names(snippet):
+    """The public functions and classes a snippet defines."""
+    tree = ast.parse(snippet.read_text())
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+            and not n.name.startswith("_")}
+
+
+def check_snippets(nb, path=None):
+    """Code shared between chapters (tools/snippets/*.py) is pasted verbatim: a cell that
+    starts like a snippet equals it, and a notebook that uses a snippet's functions or
+    classes without defining them itself holds the snippet."""
+    problems = []
+    cells = [c.source.strip() for c in code_cells(nb)]
+    for snippet in sorted(SNIPPETS.glob("*.py")):
+        text = snippet.read_text().strip()
+        name = snippet.relative_to(ROOT)
+        if any(c.startswith(text.splitlines()[0]) and c != text for c in cells):
+            problems.append(f"a cell starts like {name} but differs from it: paste it verbatim")
+        if text in cells:
+            continue
+        for used in sorted(snippet_names(snippet)):
+            calls = re.compile(rf"(?<![\w.]){used}\(")
+            defines = re.compile(rf"^(def|class) {used}\b", re.MULTILINE)
+            if any(calls.search(c) for c in cells) and not any(defines.search(c) for c in cells):
+                problems.append(f"uses {used}() but no cell is identical to {name}")
+                break
+    return problems
+
+
+CODE_WIDTH = 88  # characters the website's code blocks show without scrolling sideways
+
+
+def check_code_width(nb, path=None):
+    problems = []
+    for i, cell in enumerate(code_cells(nb)):
+        wide = [line for line in cell.source.splitlines() if len(line) > CODE_WIDTH]
+        if wide:
+            problems.append(f"code cell {i} has {len(wide)} line(s) over {CODE_WIDTH} "
+                            f"characters (it scrolls sideways on the website): {wide[0][:60]}...")
+    return problems
 
 
 def nbgrader(cell):
@@ -256,7 +291,7 @@ def check_kernel(nb, path=None):
 
 ALL_CHECKS = [
     check_no_outputs, check_title_and_badge, check_setup_cell, check_imports, check_standalone_sources,
-    check_parameters_cell, check_plain_markdown, check_data_cell, check_exercises, check_kernel,
+    check_parameters_cell, check_plain_markdown, check_snippets, check_code_width, check_exercises, check_kernel,
 ]
 
 

@@ -9,7 +9,8 @@ import yaml
 
 from notebook_checks import (
     ALL_CHECKS, ROOT, chapter_paths, check_exercises, check_imports, check_no_outputs, check_plain_markdown,
-    check_parameters_cell, check_setup_cell, check_title_and_badge, read,
+    check_code_width, check_parameters_cell, check_setup_cell, check_snippets, check_title_and_badge,
+    read,
 )
 
 CHAPTERS = chapter_paths()
@@ -23,8 +24,10 @@ def test_toc_lists_every_chapter_in_order():
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     listed = [e["file"] for part in toc["parts"] for e in part.get("chapters", []) if e["file"].startswith("notebooks/")]
     assert listed == [f"notebooks/{p.stem}" for p in CHAPTERS]
+    # Numbers are the syllabus's (shared/SYLLABUS.md names each file), so a chapter still being
+    # written leaves a gap; they start at 01 and never repeat.
     numbers = [int(p.stem[:2]) for p in CHAPTERS]
-    assert numbers == list(range(1, len(CHAPTERS) + 1)), "chapters are numbered 01, 02, ... without gaps"
+    assert numbers[0] == 1 and numbers == sorted(set(numbers)), "chapters are 01, 02, ..., each once"
     assert all(re.fullmatch(r"\d\d_[a-z0-9_]+", p.stem) for p in CHAPTERS)
 
 
@@ -103,3 +106,20 @@ def test_latex_lost_to_a_string_escape_is_caught(chapter):
     broken = copy.deepcopy(nb)
     broken.cells[0].source += "\n\n$2/\\lambda_\text{max}$"  # "\t" of "\text" became a tab
     assert any("tab" in p for p in check_plain_markdown(broken, path))
+
+
+def test_snippet_edited_in_a_chapter_is_caught():
+    path = next(p for p in CHAPTERS if check_snippets(read(p), p) == [] and "fashion_mnist(" in p.read_text())
+    broken = read(path)
+    cell = next(c for c in broken.cells if c.source.startswith("# Fashion-MNIST, with an offline mirror"))
+    cell.source = cell.source.replace("DATA_ROOT = Path(\"data\")", "DATA_ROOT = Path(\"elsewhere\")")
+    assert any("verbatim" in p for p in check_snippets(broken, path))
+    broken.cells.remove(cell)
+    assert any("fashion_mnist()" in p for p in check_snippets(broken, path))
+
+
+def test_wide_code_line_is_caught(chapter):
+    path, nb = chapter
+    broken = copy.deepcopy(nb)
+    broken.cells.append(nbformat.v4.new_code_cell("x = 1  # " + "a long trailing comment " * 4))
+    assert any("scrolls sideways" in p for p in check_code_width(broken, path))

@@ -56,8 +56,7 @@ def chapters():
 
 def stage_runs(notebooks, schedule, run_dir=RUN_DIR):
     """Copy each notebook alone into its own empty folder; on the full schedule, drop the mocks."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     # An empty pytest.ini makes this folder pytest's rootdir, away from the repository's test config.
     (run_dir / "pytest.ini").write_text("[pytest]\n")
     for path in notebooks:
@@ -66,16 +65,18 @@ def stage_runs(notebooks, schedule, run_dir=RUN_DIR):
             for cell in nb.cells:
                 cell.metadata.pop("nbmake", None)
         folder = run_dir / path.stem
+        shutil.rmtree(folder, ignore_errors=True)  # only this notebook's: others may be running
         folder.mkdir()
         nbformat.write(nb, folder / path.name)
 
 
-def execute(schedule, jobs, run_dir=RUN_DIR):
-    """Run every staged notebook with nbmake; True when all passed."""
+def execute(schedule, jobs, run_dir=RUN_DIR, stems=None):
+    """Run the staged notebooks (all, or those named) with nbmake; True when all passed."""
     settings = SCHEDULES[schedule]
     command = [
         sys.executable, "-m", "pytest", "--nbmake", "--overwrite", "-p", "no:cacheprovider",
-        f"--nbmake-timeout={settings['timeout']}", "--durations=0", "-v", str(run_dir),
+        f"--nbmake-timeout={settings['timeout']}", "--durations=0", "-v",
+        *([str(run_dir / stem) for stem in stems] if stems else [str(run_dir)]),
     ]
     if jobs > 1:
         command += ["-n", str(jobs)]
@@ -111,8 +112,7 @@ def notebook_seconds(nb):
 
 def collect_results(notebooks, schedule):
     """One JSON per notebook: its run time, the machine, and what the notebook itself recorded."""
-    shutil.rmtree(RESULTS_DIR, ignore_errors=True)
-    RESULTS_DIR.mkdir(parents=True)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     summary = []
     for path in notebooks:
         folder = RUN_DIR / path.stem
@@ -199,7 +199,8 @@ def main(argv=None):
     if args.only:
         notebooks = [p for p in notebooks if p.stem in args.only]
     stage_runs(notebooks, args.schedule)
-    executed = execute(args.schedule, args.jobs or SCHEDULES[args.schedule]["jobs"])
+    executed = execute(args.schedule, args.jobs or SCHEDULES[args.schedule]["jobs"],
+                       stems=[p.stem for p in notebooks])
     summary = collect_results(notebooks, args.schedule)
     if args.only:
         return 0 if executed else 1

@@ -1,5 +1,5 @@
-# Fashion-MNIST, with an offline mirror. This cell is the same in every chapter that uses the data
-# (tests/test_conventions.py checks it against tools/snippets/fashion_mnist.py).
+# Fashion-MNIST, with an offline mirror. This cell is the same in every chapter that
+# uses the data (a test checks it against tools/snippets/fashion_mnist.py).
 import gzip
 import os
 import shutil
@@ -8,12 +8,13 @@ from pathlib import Path
 import torchvision
 
 DATA_ROOT = Path("data")  # torchvision's dataset root, next to the notebook
-MIRROR_VARIABLE = "BOOK_DATA_MIRROR"  # optional: a folder laid out like DATA_ROOT, read before any download
+# Optional: a folder laid out like DATA_ROOT, read before any download.
+MIRROR_VARIABLE = "BOOK_DATA_MIRROR"
 
 
 def _write_once(destination, open_source):
-    """Write a file via a private temporary name, then rename it into place in one step,
-    so notebooks running in parallel never see a half-written file."""
+    """Write a file via a private temporary name, then rename it into place in one
+    step, so notebooks running in parallel never see a half-written file."""
     if destination.exists():
         return
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -24,8 +25,9 @@ def _write_once(destination, open_source):
 
 
 def prepare_offline_copy(name, root=DATA_ROOT):
-    """If BOOK_DATA_MIRROR is set, copy <mirror>/<name> into root and extract its .gz files, exactly
-    as torchvision would after downloading them; torchvision then finds the data and downloads nothing."""
+    """If BOOK_DATA_MIRROR is set, copy <mirror>/<name> into root and extract its .gz
+    files, exactly as torchvision would after downloading them; torchvision then finds
+    the data and downloads nothing."""
     mirror = os.environ.get(MIRROR_VARIABLE)
     if not mirror:
         return
@@ -40,12 +42,15 @@ def prepare_offline_copy(name, root=DATA_ROOT):
 
 
 def fashion_mnist(train, transform=None, root=DATA_ROOT):
-    """The Fashion-MNIST training (60,000 images) or test (10,000 images) set as a torchvision dataset."""
+    """Fashion-MNIST's training (60,000 images) or test (10,000 images) set."""
     prepare_offline_copy("FashionMNIST", root)
     try:
-        return torchvision.datasets.FashionMNIST(root, train=train, transform=transform, download=True)
-    except RuntimeError as error:  # torchvision's "Error downloading ..." when every URL failed
+        return torchvision.datasets.FashionMNIST(
+            root, train=train, transform=transform, download=True
+        )
+    except RuntimeError as error:  # "Error downloading ...": every URL failed
         raise RuntimeError(
-            f"Fashion-MNIST is not in {Path(root).resolve()} and could not be downloaded. Connect to "
-            f"the network, or set {MIRROR_VARIABLE} to a folder that holds FashionMNIST/raw/*.gz."
+            f"Fashion-MNIST is not in {Path(root).resolve()} and could not be "
+            f"downloaded. Connect to the network, or set {MIRROR_VARIABLE} to a folder "
+            "that holds FashionMNIST/raw/*.gz."
         ) from error
