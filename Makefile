@@ -5,18 +5,27 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+SHELL  := /bin/bash
 
 .PHONY: book test venv student clean
 
+# Unchanged chapters come from the build cache (_build/cache): only edited ones run again.
 book: $(STAMP)
 	$(PY) -m tools.build --schedule full
 
-# The tests run two notebooks at a time on CI's two cores: one OpenMP thread each, or the
-# threads spin against each other.
-test: export OMP_NUM_THREADS ?= 1
+# Static checks first (seconds, before any notebook runs), then the notebooks, then every other
+# test. Each step runs even when an earlier one failed, so one broken notebook hides no other
+# result; the exit status reports them all. Each step's time is printed for the CI budget.
 test: $(STAMP)
-	$(PY) -m tools.build --schedule ci
-	$(PY) -m pytest tests
+	@status=0; start=$$SECONDS; \
+	$(PY) -m pytest tests/test_conventions.py -q || status=1; \
+	static=$$SECONDS; \
+	$(PY) -m tools.build --schedule ci || status=1; \
+	built=$$SECONDS; \
+	$(PY) -m pytest tests --ignore=tests/test_conventions.py || status=1; \
+	echo "make test: static checks $$((static - start)) s, notebooks and site $$((built - static)) s," \
+	     "other tests $$((SECONDS - built)) s"; \
+	exit $$status
 
 venv: $(STAMP)
 
@@ -33,5 +42,6 @@ $(STAMP): requirements.txt requirements-nodeps.txt package.json package-lock.jso
 	npm ci --no-audit --no-fund --silent
 	touch $(STAMP)
 
+# Every build output: the site, the results, the cache, the notebooks' run folders.
 clean:
-	rm -rf _build
+	rm -rf _build _runs

@@ -44,18 +44,24 @@ def table_rows(html):
             for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.DOTALL)]
 
 
-def test_results_page_has_a_row_per_chapter_from_the_recorded_numbers():
+def test_results_page_has_a_row_per_trained_model_from_the_recorded_numbers():
     html = built("book/results").read_text()
-    assert build.RESULTS_MARKER not in html
-    expected = []  # (chapter title, metric, value, schedule) in page order
+    assert build.RESULTS_MARKER not in html and build.FIGURE_MARKER not in html
+    expected = []  # (chapter, model, metric, value, d2l value) in page order
     for path in chapter_paths():
         recorded = json.loads((build.RESULTS_DIR / f"{path.stem}.json").read_text())
-        for r in recorded["results"] or [None]:
-            if r is None:
-                expected.append((recorded["title"], "", "", recorded["schedule"]))
-            else:
-                value = r["value"]
-                shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
-                expected.append((recorded["title"], r["metric"], shown, recorded["schedule"]))
+        for r in recorded["results"]:
+            d2l = build.shown(r["d2l"]["value"]) if r.get("d2l") else ""
+            expected.append((path.stem[:2], r["trains"], r["metric"], build.shown(r["value"]), d2l))
     rows = table_rows(html)
-    assert [(row[0], row[2], row[3], row[6]) for row in rows] == expected
+    assert [(row[0], row[1].split(" (")[0], row[2], row[3], row[5]) for row in rows] == expected
+
+
+def test_results_page_shows_the_figure_drawn_from_the_same_numbers():
+    html = built("book/results").read_text()
+    assert re.search(rf'<img[^>]+src="[^"]*{build.FIGURE_NAME}"', html)
+    assert (HTML / "_images" / build.FIGURE_NAME).exists()
+    summary = [json.loads((build.RESULTS_DIR / f"{p.stem}.json").read_text()) for p in chapter_paths()]
+    points = build.accuracy_points(summary)
+    book = [p for p in points if p[3] == "this book"]
+    assert book, "no trained model recorded an accuracy and its training time"
