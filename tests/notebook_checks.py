@@ -19,10 +19,12 @@ DATA_SNIPPET = SNIPPETS / "fashion_mnist.py"
 INSTALLED = {
     "torch", "torchvision", "numpy", "pandas", "matplotlib", "PIL", "IPython", "skimage",
     "torchinfo", "torchmetrics", "timm", "d2l", "tensorboard", "captum",
+    "open_clip", "pycocotools",
 }
 # Of those, what a fresh Colab runtime lacks: the setup cell must install these when used.
 COLAB_LACKS = {
     "torchinfo": "torchinfo", "torchmetrics": "torchmetrics", "d2l": "d2l", "captum": "captum",
+    "open_clip": "open-clip-torch",
 }
 NEVER_INSTALL = {"torch", "numpy", "torchvision"}  # Colab's own builds match its CUDA
 
