@@ -52,9 +52,10 @@ def test_results_page_has_a_row_per_trained_model_from_the_recorded_numbers():
         recorded = json.loads((build.RESULTS_DIR / f"{path.stem}.json").read_text())
         for r in recorded["results"]:
             d2l = build.shown(r["d2l"]["value"]) if r.get("d2l") else ""
-            expected.append((path.stem[:2], r["trains"], r["metric"], build.shown(r["value"]), d2l))
+            expected.append((path.stem[:2], build.model_label(r), r["metric"], build.shown(r["value"]),
+                             d2l))
     rows = table_rows(html)
-    assert [(row[0], row[1].split(" (")[0], row[2], row[3], row[5]) for row in rows] == expected
+    assert [(row[0], row[1], row[2], row[3], row[5]) for row in rows] == expected
 
 
 def test_results_page_shows_the_figure_drawn_from_the_same_numbers():

@@ -290,6 +290,13 @@ def duration(seconds):
     return f"{seconds:.1f} s" if seconds < 600 else f"{seconds / 60:.1f} min"
 
 
+def model_label(result):
+    """What a results row trained, with its training compute when the chapter counted it."""
+    if result.get("train_macs"):
+        return f"{result['trains']} ({result['train_macs']:.2g} multiply-adds)"
+    return result["trains"]
+
+
 def results_table(summary):
     """The results page's table: one row per trained model, from the recorded numbers."""
     rows = [
@@ -300,10 +307,7 @@ def results_table(summary):
         link = f"[{entry['chapter'][:2]}](../notebooks/{entry['chapter']}.ipynb)"
         for r in entry["results"]:
             d2l = r.get("d2l") or {}
-            model = r["trains"]
-            if r.get("train_macs"):
-                model += f" ({r['train_macs']:.2g} multiply-adds)"
-            row = [link, model, r["metric"], shown(r["value"]), duration(r.get("seconds")),
+            row = [link, model_label(r), r["metric"], shown(r["value"]), duration(r.get("seconds")),
                    shown(d2l["value"]) if d2l else "", duration(d2l.get("seconds"))]
             rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     return "\n".join(rows)
@@ -335,29 +339,36 @@ def accuracy_points(summary):
 
 
 def draw_results_figure(summary, target):
-    """Test accuracy against training time, book and d2l, from the same numbers as the table."""
+    """Test accuracy against training time, book and d2l, from the same numbers as the table:
+    one colour per model, a circle for the book's code and a square for d2l's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     points = accuracy_points(summary)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for source, marker in [("this book", "o"), ("d2l", "s")]:
-        mine = [p for p in points if p[3] == source]
-        if mine:
-            ax.scatter([p[1] for p in mine], [p[2] for p in mine], marker=marker, s=50,
-                       label=source)
-        for label, seconds, accuracy, _ in mine:
-            ax.annotate(label, (seconds, accuracy), textcoords="offset points", xytext=(5, 4),
-                        fontsize=7)
+    labels = list(dict.fromkeys(p[0] for p in points))
+    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    for i, label in enumerate(labels):
+        mine = sorted((p for p in points if p[0] == label), key=lambda p: p[3])
+        colour = colours(i % 10)
+        ax.plot([p[1] for p in mine], [p[2] for p in mine], color=colour, lw=0.8, alpha=0.6)
+        for _, seconds, accuracy, source in mine:
+            ax.scatter(seconds, accuracy, color=colour, s=55, zorder=3,
+                       marker="s" if source == "d2l" else "o")
+    handles = [Line2D([], [], color=colours(i % 10), marker="o", ls="", label=label[:60])
+               for i, label in enumerate(labels)]
+    handles += [Line2D([], [], color="grey", marker=m, ls="", label=f"marker: {source}")
+                for m, source in [("o", "this book's code"), ("s", "d2l's code")]]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7,
+              frameon=False)
     ax.set_xscale("log")
     ax.set_xlabel("training wall time (s, log scale)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("Accuracy against training time, as measured in this build")
+    ax.set_title("Test accuracy against training time, as measured in this build")
     ax.grid(alpha=0.3)
-    if points:
-        ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(target, dpi=110, metadata={"Software": None})
     plt.close(fig)
