@@ -1,14 +1,20 @@
-"""Tests of the assignments pipeline (tools/assignments.py, built on nbgrader).
+"""Tests of the assignments pipeline (tools/assignments/, built on nbgrader).
 
 Two kinds:
-- every chapter in notebooks/: exercise metadata, the committed student notebook is what
-  `release` generates, and the student notebook, autograded on the CI schedule, scores zero
-  with every graded cell failing with NotImplementedError (and no other cell failing);
-- grading mechanics, on the tiny fixture chapter tests/fixtures/chapters/99_sample.ipynb
-  (standard library only, seconds per submission): full marks, zero, one exercise solved, an
-  infinite loop, a kernel that ignores interrupts, a kernel crash, malformed files.
+- every chapter in notebooks/, read but never executed here: exercise metadata, marker strings,
+  and the committed student notebook is what `release` generates (the build executes each
+  chapter once, and checks there that every test cell fails on the student's stub with
+  NotImplementedError and nothing else);
+- grading, on the tiny fixture chapter tests/fixtures/chapters/99_sample.ipynb (standard
+  library only, seconds per submission), in ONE `grade` run with two kernels at a time: full
+  marks, zero, one exercise solved, an error in the student's own cell named first, an infinite
+  loop, a kernel that ignores interrupts, a kernel crash, a notebook that never ends (the time
+  limit), deleted cells, malformed files; and hostile submissions (tests/fixtures/hostile.py:
+  reading the source notebook or another student's file, writing the gradebook or the grades,
+  the network, killing the grader, a fork bomb, memory, a busy loop) graded alongside honest
+  ones, which must come out exactly as when graded alone.
 
-The expensive steps (nbgrader runs) happen once per session in fixtures; tests read their results.
+The expensive steps happen once per session in fixtures; tests read their results.
 """
 import copy
 import csv
@@ -16,9 +22,11 @@ import hashlib
 import json
 import os
 import re
-import shutil
+import resource
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -27,6 +35,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tools import assignments as asg  # noqa: E402
+from tools.assignments import grade as grading  # noqa: E402
+from tools.assignments import sandbox  # noqa: E402
+
+sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+import hostile  # noqa: E402
 
 FIXTURE = REPO / "tests" / "fixtures" / "chapters" / "99_sample.ipynb"
 CHAPTERS = asg.chapter_notebooks()
@@ -35,45 +48,30 @@ STEMS = list(CHAPTERS)
 # fixtures below are expensive and should run once.
 pytestmark = pytest.mark.xdist_group("assignments")
 
-# Grading-mechanics limits for the fixture chapter: its cells take milliseconds, a submission
-# a few seconds (kernel start-up included), more when the machine is busy.
-CELL_TIMEOUT = 10
-TIME_LIMIT = 600
-# The whole-notebook limit is tested in a separate run, with a cell timeout too long to help.
-SHORT_TIME_LIMIT = 90
+# Limits of the grading run, in seconds. The fixture's cells take milliseconds and a
+# submission a few seconds of CPU (kernel start-up included); the margins are for a busy machine.
+CELL_TIMEOUT = 5
+TIME_LIMIT = 45  # per submission: stops the notebook that never ends
+MEMORY_GIB = 1.5
+PROCESSES = 64
+FULL = {"mean_of": 2.0, "variance": 3.0, "standardise": 5.0}
+HONEST_MARK = "# honest work: 7f3a9c"  # in the honest notebooks only; must not leak
 
 
 def _env():
     env = dict(os.environ)
-    mirror = REPO.parent / "shared" / "data"  # CI sets BOOK_DATA_MIRROR=../shared/data
-    if "BOOK_DATA_MIRROR" not in env and mirror.is_dir():
-        env["BOOK_DATA_MIRROR"] = str(mirror)
+    env.pop("ASSIGNMENTS_KEEP_WORK", None)
     return env
 
 
-def _cli(*args, timeout):
+def _cli(*args, timeout=600):
+    """`python -m tools.assignments ...`; returns the finished process and its CPU seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, "-m", "tools.assignments", *map(str, args)], cwd=REPO,
                           env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
-    return proc
-
-
-class _Run:
-    """A `python -m tools.assignments` run in the background (its output in a log file)."""
-
-    def __init__(self, log: Path, *args):
-        self.log = log
-        with open(log, "w") as f:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tools.assignments", *map(str, args)],
-                                         cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT)
-
-    def wait(self, timeout=1800):
-        try:
-            self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-        assert self.proc.returncode == 0, self.log.read_text()[-3000:]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return proc, cpu
 
 
 def _read_csv(path):
@@ -85,57 +83,36 @@ def _cell(nb, grade_id):
     return next(c for c in nb.cells if asg.nbgrader_meta(c).get("grade_id") == grade_id)
 
 
+def _hashes(*folders):
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in folders for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
 # ----------------------------------------------------------------------------------------------
-# Every chapter
+# Every chapter (read, not executed)
 # ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory):
-    """All the expensive work, started together so that waiting overlaps computing:
-
-    - `release` of the current chapters into a temporary folder (compared with student/);
-    - every chapter's student notebook, submitted as is, autograded on the CI schedule;
-    - the fixture chapter's sample submissions graded, and the time-limit run.
-    """
-    root = tmp_path_factory.mktemp("assignments")
-    released = root / "release" / "student"
-    _, errors = asg.release(out=released) if STEMS else ([], {})
-    stems = [stem for stem in STEMS if stem not in errors]
-    students = root / "chapter-submissions" / "stub"
-    students.mkdir(parents=True)
-    for stem in stems:
-        shutil.copyfile(released / f"{stem}.ipynb", students / f"{stem}.ipynb")
-    chapter_run = None
-    if stems:
-        chapter_run = _Run(root / "chapters.log", "grade", students.parent, "--out", root / "chapter-out",
-                           "--jobs", 2, "--cell-timeout", 600, "--time-limit", 1200)
-    try:
-        fixture = _fixture_runs(root / "fixture")
-        if chapter_run is not None:
-            chapter_run.wait()
-    finally:
-        if chapter_run is not None and chapter_run.proc.poll() is None:
-            chapter_run.proc.kill()
-    return {"released": released, "release_errors": errors, "chapter_out": root / "chapter-out",
-            "fixture": fixture}
+def released(tmp_path_factory):
+    """`release` of the current chapters into a temporary folder (compared with student/)."""
+    out = tmp_path_factory.mktemp("release") / "student"
+    _, errors = asg.release(out=out) if STEMS else ([], {})
+    return {"out": out, "errors": errors}
 
 
 @pytest.fixture
-def fresh_release(runs, request):
+def fresh_release(released, request):
     stem = request.node.callspec.params.get("stem")
-    if stem in runs["release_errors"]:
-        pytest.fail(runs["release_errors"][stem])
-    return runs["released"]
+    if stem in released["errors"]:
+        pytest.fail(released["errors"][stem])
+    return released["out"]
 
 
-@pytest.fixture
-def graded_students(runs):
-    return runs["chapter_out"]
+def test_chapters_come_from_the_toc():
+    from tools.build import chapters
 
-
-@pytest.fixture
-def fixture_grades(runs):
-    return runs["fixture"]
+    listed = [p.stem for p in chapters() if p.exists()]
+    assert STEMS == listed, "tools.assignments must grade the chapters _toc.yml lists, in order"
 
 
 @pytest.mark.parametrize("stem", STEMS)
@@ -202,72 +179,15 @@ def test_student_notebook_content(stem, fresh_release):
             assert meta.get("locked") and cell.metadata.get("editable") is False
 
 
-@pytest.mark.parametrize("stem", STEMS)
-def test_student_notebook_fails_only_with_not_implemented(stem, fresh_release, graded_students):
-    """Run on the CI schedule, each graded test cell fails with NotImplementedError from the stub
-    (a test that passes on the stub checks nothing), the score is zero, and no other exercise
-    cell fails."""
-    rows = [r for r in _read_csv(graded_students / "grades.csv") if r["chapter"] == stem]
-    nb = nbformat.read(CHAPTERS[stem], as_version=4)
-    assert [r["exercise"] for r in rows] == [e["id"] for e in asg.exercises(nb)], rows
-    for r in rows:
-        assert r["points"] == "0" and r["message"] == "NotImplementedError", r
-    # In the exercises, nothing but the graded cells may fail (e.g. no demo call of a stub).
-    # Cells before them are the build's business (it runs the chapter).
-    graded = nbformat.read(graded_students / "autograded" / "stub" / f"{stem}.ipynb", as_version=4)
-    first = min((i for i, c in enumerate(graded.cells) if asg.nbgrader_meta(c)), default=len(graded.cells))
-    for i, cell in enumerate(graded.cells[first:], first):
-        if cell.cell_type == "code" and not asg.is_graded(cell):
-            errors = [o for o in cell.outputs if o.output_type == "error"]
-            assert not errors, f"cell {i} fails in the student notebook: {asg._error_text(cell, 0)}"
-
-
 # ----------------------------------------------------------------------------------------------
-# Grading mechanics, on the fixture chapter
+# Grading, on the fixture chapter
 # ----------------------------------------------------------------------------------------------
 
-def _sample_submissions(sol, stu, folder: Path):
-    """Notebooks as students would hand them in (the tests below say what each should get)."""
-    def write(name, nb):
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, path)
-
-    def variant(base, **sources):
-        nb = copy.deepcopy(base)
-        for gid, source in sources.items():
-            _cell(nb, gid).source = source
-        return nb
-
-    write("solved.ipynb", sol)
-    write("dave/99_sample.ipynb", sol)  # one folder per student (e.g. a shared drive)
-    write("stub.ipynb", stu)
-    write("one_99_sample.ipynb",
-          variant(stu, variance_solution=_cell(sol, "variance_solution").source))
-    tampered = variant(stu, variance_solution=_cell(sol, "variance_solution").source,
-                       mean_of_tests="pass  # the student emptied the locked test cell")
-    pasted = copy.deepcopy(_cell(tampered, "standardise_solution"))  # a copy-pasted exercise cell
-    pasted["id"] = "pasted"
-    tampered.cells.insert(9, pasted)
-    write("tampered.ipynb", tampered)
-    write("loop.ipynb", variant(sol, variance_solution=(
-        "import time\n\ndef population_variance(values):\n    while True:\n        time.sleep(0.01)")))
-    write("unresponsive.ipynb", variant(sol, variance_solution=(  # swallows the interrupt
-        "import time\n\ndef population_variance(values):\n    while True:\n        try:\n"
-        "            time.sleep(0.1)\n        except BaseException:\n            pass")))
-    write("crash.ipynb", variant(sol, standardise_solution="import os\nos._exit(1)"))
-    deleted = json.loads(nbformat.writes(sol))  # saved as Colab does: nbformat 4.4, no cell ids
-    deleted["nbformat_minor"] = 4
-    deleted["metadata"]["colab"] = {"provenance": []}
-    for cell in deleted["cells"]:
-        cell.pop("id")
-    deleted["cells"] = [c for c in deleted["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id")
-                        not in ("variance_solution", "variance_tests", "mean_of_tests")]
-    (folder / "deleted.ipynb").write_text(json.dumps(deleted), encoding="utf-8")
-    (folder / "notjson.ipynb").write_text('{"cells": [', encoding="utf-8")
-    write("other.ipynb", _other_chapter(sol))
-    plain = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello')")])
-    write("plain.ipynb", plain)
+def _variant(base, **sources):
+    nb = copy.deepcopy(base)
+    for gid, source in sources.items():
+        _cell(nb, gid).source = source
+    return nb
 
 
 def _other_chapter(nb):
@@ -280,130 +200,209 @@ def _other_chapter(nb):
     return other
 
 
-def _fixture_runs(root: Path) -> dict:
+def _submissions(sol, stu, folder: Path, chapters: Path, out: Path, port: int):
+    """Notebooks as students would hand them in (the tests below say what each should get)."""
+    def write(name, nb):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, path)
+
+    honest = _variant(sol, mean_of_solution=_cell(sol, "mean_of_solution").source + "\n" + HONEST_MARK)
+    write("solved.ipynb", honest)
+    write("zed/99_sample.ipynb", honest)  # one folder per student (e.g. a shared drive)
+    write("stub.ipynb", stu)
+    write("one_99_sample.ipynb", _variant(  # and a solution cell that does not even compile
+        stu, variance_solution=_cell(sol, "variance_solution").source,
+        standardise_solution="def standardise(values):\n        m = 0\n    return values"))
+    tampered = _variant(stu, variance_solution=_cell(sol, "variance_solution").source,
+                        mean_of_tests="pass  # the student emptied the locked test cell")
+    pasted = copy.deepcopy(_cell(tampered, "standardise_solution"))  # a copy-pasted exercise cell
+    pasted["id"] = "pasted"
+    tampered.cells.insert(9, pasted)
+    write("tampered.ipynb", tampered)
+    write("unresponsive.ipynb", _variant(sol, variance_solution=(  # swallows the interrupt
+        "import time\n\ndef population_variance(values):\n    while True:\n        try:\n"
+        "            time.sleep(0.1)\n        except BaseException:\n            pass")))
+    write("crash.ipynb", _variant(sol, standardise_solution="import os\nos._exit(1)"))
+    forever = copy.deepcopy(sol)  # every cell within the cell timeout, too long in all
+    slow = [nbformat.v4.new_code_cell(f"import time\ntime.sleep({CELL_TIMEOUT - 1})")
+            for _ in range(TIME_LIMIT // (CELL_TIMEOUT - 1) + 2)]
+    forever.cells[2:2] = slow  # after the setup cell
+    write("zoe/99_sample.ipynb", forever)  # last in the run
+    deleted = json.loads(nbformat.writes(sol))  # saved as Colab does: nbformat 4.4, no cell ids
+    deleted["nbformat_minor"] = 4
+    deleted["metadata"]["colab"] = {"provenance": []}
+    for cell in deleted["cells"]:
+        cell.pop("id")
+    deleted["cells"] = [c for c in deleted["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id")
+                        not in ("variance_solution", "variance_tests", "mean_of_tests")]
+    (folder / "deleted.ipynb").write_text(json.dumps(deleted), encoding="utf-8")
+    (folder / "notjson.ipynb").write_text('{"cells": [', encoding="utf-8")
+    write("other.ipynb", _other_chapter(sol))
+    write("plain.ipynb", nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello')")]))
+    # Hostile submissions (issue 18), three attacks each, one per exercise. Their names put
+    # them between honest ones in the grading order (two at a time, by file name).
+    write("mallory/99_sample.ipynb", _variant(
+        sol, mean_of_solution=hostile.read_source(str(chapters)),
+        variance_solution=hostile.read_other(str(folder / "solved.ipynb")),
+        standardise_solution=hostile.tamper(str(out))))
+    write("chuck.ipynb", _variant(
+        sol, mean_of_solution=hostile.network(port),
+        variance_solution=hostile.kill_parent([os.getpid(), os.getppid()]),
+        standardise_solution=hostile.FORK_BOMB))
+    write("oscar.ipynb", _variant(
+        sol, mean_of_solution=hostile.MEMORY_HOG, variance_solution=hostile.BUSY_LOOP))
+
+
+@pytest.fixture(scope="session")
+def graded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grading")
     chapters = root / "chapters"
-    chapters.mkdir(parents=True)
-    shutil.copyfile(FIXTURE, chapters / FIXTURE.name)
+    chapters.mkdir()
+    (chapters / FIXTURE.name).write_bytes(FIXTURE.read_bytes())
     sol = nbformat.read(FIXTURE, as_version=4)
     nbformat.write(_other_chapter(sol), chapters / "98_other.ipynb")
-    _cli("release", "--source", chapters, "--out", root / "student", "--chapters", "99_sample",
-         timeout=300)
+    _, errors = asg.release(source=chapters, out=root / "student", only=["99_sample"])
+    assert not errors, errors
     stu = nbformat.read(root / "student" / "99_sample.ipynb", as_version=4)
-    subs = root / "submissions"
-    _sample_submissions(sol, stu, subs)
-    # Time-limit run: a notebook that never ends, with a cell timeout longer than the
-    # whole-notebook limit, next to a good one. It mostly waits, alongside the main run.
-    slow = root / "slow-submissions"
-    forever = copy.deepcopy(sol)
-    forever.cells[1].source += "\nimport time\nwhile True:\n    time.sleep(0.1)"  # the setup cell
-    (slow / "forever").mkdir(parents=True)
-    nbformat.write(forever, slow / "forever" / "99_sample.ipynb")
-    nbformat.write(sol, slow / "alongside.ipynb")
-    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in subs.rglob("*") if p.is_file()}
-    slow_run = _Run(root / "slow.log", "grade", slow, "--out", root / "slow-out", "--source", chapters,
-                    "--cell-timeout", 3600, "--time-limit", SHORT_TIME_LIMIT, "--jobs", 2)
+    subs, out, canary = root / "submissions", root / "out", root / "canary"
+    out.mkdir()
+    (out / "previous.txt").write_text("an earlier run's file: the grader leaves it alone\n")
+    canary.mkdir()
+    (canary / "notes.txt").write_text("nothing may change this\n")
+    listener = socket.create_server(("127.0.0.1", 0))  # what the hostile notebook tries to reach
+    listener.setblocking(False)
+    _submissions(sol, stu, subs, chapters, out, listener.getsockname()[1])
+    before = _hashes(subs, chapters, canary)
+    started = time.monotonic()
+    run, cpu = _cli("grade", subs, "--out", out, "--source", chapters, "--chapters", "99_sample",
+                    "--cell-timeout", CELL_TIMEOUT, "--time-limit", TIME_LIMIT, "--jobs", 2,
+                    "--memory-limit", MEMORY_GIB, "--max-processes", PROCESSES)
+    seconds = time.monotonic() - started
+    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout}\n{run.stderr[-3000:]}"
     try:
-        main_run = _Run(root / "main.log", "grade", subs, "--out", root / "out", "--source", chapters,
-                        "--chapters", "99_sample", "--cell-timeout", CELL_TIMEOUT,
-                        "--time-limit", TIME_LIMIT, "--jobs", 2)
-        main_run.wait()
-    finally:
-        slow_run.wait()
-    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in subs.rglob("*") if p.is_file()}
-    rows = _read_csv(root / "out" / "grades.csv") + _read_csv(root / "slow-out" / "grades.csv")
+        listener.accept()
+        reached = True
+    except BlockingIOError:
+        reached = False
+    listener.close()
+    after = _hashes(subs, chapters, canary)
+    rows = _read_csv(out / "grades.csv")
     by_file = {}
     for r in rows:
         by_file.setdefault(r["file"], []).append(r)
-    return {"rows": rows, "by_file": by_file, "before": before, "after": after, "out": root / "out",
-            "student": stu, "sol": sol}
+    print(f"\ngrade run: {len(by_file)} files in {seconds:.0f} s, {cpu:.0f} s of CPU")
+    return {"rows": rows, "by_file": by_file, "before": before, "after": after, "out": out,
+            "root": root, "student": stu, "sol": sol, "stdout": run.stdout, "reached": reached}
 
 
 def _points(rows):
     return {r["exercise"]: float(r["points"]) for r in rows}
 
 
-FULL = {"mean_of": 2.0, "variance": 3.0, "standardise": 5.0}
+def _messages(rows):
+    return {r["exercise"]: r["message"] for r in rows}
 
 
-def test_fixture_student_version(fixture_grades):
-    stu, sol = fixture_grades["student"], fixture_grades["sol"]
+def _outputs(graded, student):
+    """What the student's code printed, as graded (tracebacks, which quote the code, left out)."""
+    nb = nbformat.read(graded["out"] / "autograded" / student / "99_sample.ipynb", as_version=4)
+    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream")
+
+
+def test_fixture_student_version(graded):
+    stu, sol = graded["student"], graded["sol"]
     assert "/blob/main/student/99_sample.ipynb)" in stu.cells[0].source
     assert "BEGIN HIDDEN TESTS" not in _cell(stu, "mean_of_tests").source
     assert "statistics.fmean(xs)" in _cell(sol, "mean_of_tests").source  # the hidden test
     assert "raise NotImplementedError()" in _cell(stu, "mean_of_solution").source
 
 
-def test_csv_columns(fixture_grades):
-    with open(fixture_grades["out"] / "grades.csv", newline="") as f:
+def test_csv_columns(graded):
+    with open(graded["out"] / "grades.csv", newline="") as f:
         header = next(csv.reader(f))
     assert header[:5] == ["student", "chapter", "exercise", "points", "max_points"]
 
 
-def test_solution_gets_full_marks(fixture_grades):
-    for file in ["solved.ipynb", "dave/99_sample.ipynb"]:
-        rows = fixture_grades["by_file"][file]
+def test_solution_gets_full_marks(graded):
+    for file in ["solved.ipynb", "zed/99_sample.ipynb"]:
+        rows = graded["by_file"][file]
         assert _points(rows) == FULL and all(r["message"] == "" for r in rows), rows
         assert {r["max_points"] for r in rows} == {"2", "3", "5"}
         assert {r["chapter"] for r in rows} == {"99_sample"}
-    assert {r["student"] for r in fixture_grades["by_file"]["dave/99_sample.ipynb"]} == {"dave"}
-    assert (fixture_grades["out"] / "feedback" / "solved" / "99_sample.html").exists()
-    assert "10 / 10" in (fixture_grades["out"] / "feedback" / "solved" / "summary.md").read_text()
+    assert {r["student"] for r in graded["by_file"]["zed/99_sample.ipynb"]} == {"zed"}
+    assert (graded["out"] / "feedback" / "solved" / "99_sample.html").exists()
+    assert "10 / 10" in (graded["out"] / "feedback" / "solved" / "summary.md").read_text()
 
 
-def test_student_version_gets_zero(fixture_grades):
-    rows = fixture_grades["by_file"]["stub.ipynb"]
+def test_student_version_gets_zero(graded):
+    rows = graded["by_file"]["stub.ipynb"]
     assert _points(rows) == dict.fromkeys(FULL, 0.0)
     assert {r["message"] for r in rows} == {"NotImplementedError"}
 
 
-def test_one_exercise_solved_gets_exactly_its_points(fixture_grades):
-    rows = fixture_grades["by_file"]["one_99_sample.ipynb"]
+def test_one_exercise_solved_gets_exactly_its_points(graded):
+    rows = graded["by_file"]["one_99_sample.ipynb"]
     assert _points(rows) == {"mean_of": 0.0, "variance": 3.0, "standardise": 0.0}
     assert {r["student"] for r in rows} == {"one"}  # the chapter name is stripped from the file name
 
 
-def test_edited_tests_are_restored_and_duplicated_cells_ignored(fixture_grades):
-    rows = fixture_grades["by_file"]["tampered.ipynb"]
+def test_error_in_the_students_own_cell_is_named_first(graded):
+    """Issue 9: an IndentationError in the solution cell, not the test cell's NameError."""
+    rows = graded["by_file"]["one_99_sample.ipynb"]
+    message = _messages(rows)["standardise"]
+    assert message.startswith("your solution cell failed: IndentationError: "), message
+    assert "(line 3)" in message and "NameError" in message.split("then the test cell")[1]
+    summary = (graded["out"] / "feedback" / "one" / "summary.md").read_text()
+    body = summary.split("## 99_sample")[1]
+    first = body.index("Fix first: exercise `standardise`")
+    assert first < body.index("- `mean_of`") and "IndentationError" in body[first:].splitlines()[0]
+    assert "NameError" not in body[first:].splitlines()[0]
+    printed = next(line for line in graded["stdout"].splitlines() if "one_99_sample" in line)
+    assert printed.index("IndentationError") < printed.index("NotImplementedError"), printed
+
+
+def test_edited_tests_are_restored_and_duplicated_cells_ignored(graded):
+    rows = graded["by_file"]["tampered.ipynb"]
     assert _points(rows) == {"mean_of": 0.0, "variance": 3.0, "standardise": 0.0}
 
 
-def test_hidden_tests_are_reinserted(fixture_grades):
+def test_hidden_tests_are_reinserted(graded):
     """The graded notebook contains the hidden tests, though the submission did not."""
-    graded = nbformat.read(fixture_grades["out"] / "autograded" / "stub" / "99_sample.ipynb",
-                           as_version=4)
-    assert "statistics.fmean(xs)" in _cell(graded, "mean_of_tests").source
+    graded_nb = nbformat.read(graded["out"] / "autograded" / "stub" / "99_sample.ipynb", as_version=4)
+    assert "statistics.fmean(xs)" in _cell(graded_nb, "mean_of_tests").source
 
 
-def test_infinite_loop_is_interrupted_and_the_rest_graded(fixture_grades):
-    rows = fixture_grades["by_file"]["loop.ipynb"]
-    assert _points(rows) == {"mean_of": 2.0, "variance": 0.0, "standardise": 5.0}
-    assert "timed out" in next(r for r in rows if r["exercise"] == "variance")["message"]
+def test_infinite_loop_is_interrupted_and_the_rest_graded(graded):
+    rows = graded["by_file"]["oscar.ipynb"]  # a busy loop (after a memory hog)
+    assert _points(rows) == {"mean_of": 0.0, "variance": 0.0, "standardise": 5.0}
+    assert "timed out" in _messages(rows)["variance"]
 
 
-def test_unresponsive_kernel_is_stopped_and_the_rest_scored(fixture_grades):
-    rows = fixture_grades["by_file"]["unresponsive.ipynb"]
+def test_unresponsive_kernel_is_stopped_and_the_rest_scored(graded):
+    rows = graded["by_file"]["unresponsive.ipynb"]
     assert _points(rows) == {"mean_of": 2.0, "variance": 0.0, "standardise": 0.0}
-    messages = {r["exercise"]: r["message"] for r in rows}
+    messages = _messages(rows)
     assert "timed out" in messages["variance"]
     assert "stopped responding" in messages["standardise"]
 
 
-def test_endless_notebook_is_stopped_at_the_time_limit(fixture_grades):
-    rows = fixture_grades["by_file"]["forever/99_sample.ipynb"]
+def test_endless_notebook_is_stopped_at_the_time_limit(graded):
+    rows = graded["by_file"]["zoe/99_sample.ipynb"]
     assert _points(rows) == dict.fromkeys(FULL, 0.0)
     assert all("time limit" in r["message"] for r in rows), rows
-    assert float(rows[0]["seconds"]) < SHORT_TIME_LIMIT + 30
-    assert _points(fixture_grades["by_file"]["alongside.ipynb"]) == FULL  # graded all the same
+    assert TIME_LIMIT <= float(rows[0]["seconds"]) < TIME_LIMIT + 5
 
 
-def test_kernel_crash_is_scored(fixture_grades):
-    rows = fixture_grades["by_file"]["crash.ipynb"]
+def test_kernel_crash_is_scored(graded):
+    rows = graded["by_file"]["crash.ipynb"]
     assert _points(rows) == {"mean_of": 2.0, "variance": 3.0, "standardise": 0.0}
-    assert "kernel died" in next(r for r in rows if r["exercise"] == "standardise")["message"]
+    assert "kernel died" in _messages(rows)["standardise"]
 
 
-def test_deleted_cells_are_reported_and_the_rest_graded(fixture_grades):
-    rows = fixture_grades["by_file"]["deleted.ipynb"]
+def test_deleted_cells_are_reported_and_the_rest_graded(graded):
+    rows = graded["by_file"]["deleted.ipynb"]
     assert _points(rows) == {"mean_of": 2.0, "variance": 0.0, "standardise": 5.0}
     assert all("cells deleted" in r["message"] for r in rows), rows
 
@@ -413,12 +412,129 @@ def test_deleted_cells_are_reported_and_the_rest_graded(fixture_grades):
     ("other.ipynb", "wrong chapter"),
     ("plain.ipynb", "no exercise of any chapter"),
 ])
-def test_malformed_file_gets_a_message(fixture_grades, file, expected):
-    rows = fixture_grades["by_file"][file]
+def test_malformed_file_gets_a_message(graded, file, expected):
+    rows = graded["by_file"][file]
     assert len(rows) == 1 and expected in rows[0]["message"] and rows[0]["points"] == "0", rows
-    summary = fixture_grades["out"] / "feedback" / Path(file).stem / "summary.md"
+    summary = graded["out"] / "feedback" / Path(file).stem / "summary.md"
     assert expected in summary.read_text()
 
 
-def test_submissions_are_not_modified(fixture_grades):
-    assert fixture_grades["before"] == fixture_grades["after"]
+def test_submissions_are_not_modified(graded):
+    subs = {k: v for k, v in graded["before"].items() if "/submissions/" in k}
+    assert subs and subs == {k: v for k, v in graded["after"].items() if "/submissions/" in k}
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile submissions (issue 18), graded in the same run as the honest ones
+# ----------------------------------------------------------------------------------------------
+
+def test_honest_submissions_come_out_as_if_graded_alone(graded):
+    """solved and zed are the same notebook: one was graded beside the attacks, the other
+    beside other submissions. Same points, no message, identical feedback."""
+    out = graded["out"]
+    for file in ["solved.ipynb", "zed/99_sample.ipynb"]:
+        rows = graded["by_file"][file]
+        assert _points(rows) == FULL and set(_messages(rows).values()) == {""}, rows
+    html = [(out / "feedback" / s / "99_sample.html").read_bytes() for s in ["solved", "zed"]]
+    assert html[0] == html[1]
+    summaries = [(out / "feedback" / s / "summary.md").read_text().replace(f, "FILE").replace(s, "X")
+                 for s, f in [("solved", "solved.ipynb"), ("zed", "zed/99_sample.ipynb")]]
+    assert summaries[0] == summaries[1]
+
+
+def test_reading_the_source_notebook_is_impossible(graded):
+    rows = graded["by_file"]["mallory/99_sample.ipynb"]
+    message = _messages(rows)["mean_of"]
+    assert _points(rows)["mean_of"] == 0.0
+    assert re.match(r"your solution cell failed: (FileNotFoundError|PermissionError)", message)
+    assert "sandbox holds only the notebook's own folder" in message
+    assert "LEAKED" not in _outputs(graded, "mallory")
+    assert "statistics.pstdev(values)\\n    return [(v - m) / s" not in _outputs(graded, "mallory")
+
+
+def test_reading_another_students_file_is_impossible(graded):
+    rows = graded["by_file"]["mallory/99_sample.ipynb"]
+    assert _points(rows)["variance"] == 0.0
+    assert _messages(rows)["variance"].startswith("your solution cell failed: FileNotFoundError")
+    assert HONEST_MARK not in _outputs(graded, "mallory")
+
+
+def test_gradebook_and_grades_cannot_be_touched(graded):
+    rows = graded["by_file"]["mallory/99_sample.ipynb"]
+    assert _points(rows)["standardise"] == 0.0
+    assert re.match(r"your solution cell failed: (FileNotFoundError|PermissionError|OSError)",
+                    _messages(rows)["standardise"])
+    out = graded["out"]
+    assert (out / "previous.txt").exists() and not (out / "pwned.txt").exists()
+    assert len(graded["rows"]) > 30 and "pwned" not in (out / "grades.csv").read_text()
+    assert "TAMPERED" not in _outputs(graded, "mallory")
+
+
+def test_no_network(graded):
+    rows = graded["by_file"]["chuck.ipynb"]
+    message = _messages(rows)["mean_of"]
+    assert _points(rows)["mean_of"] == 0.0
+    assert message.startswith("your solution cell failed: ConnectionRefusedError"), message
+    assert "CONNECTED" not in _outputs(graded, "chuck")
+    assert not graded["reached"], "the submission reached a port on the grader's loopback"
+
+
+def test_killing_the_grader_is_impossible(graded):
+    """Its parent is the sandbox's own init (in a PID namespace of its own), which it may not
+    signal; the grader and this test process live on (the run finished)."""
+    rows = graded["by_file"]["chuck.ipynb"]
+    assert _points(rows)["variance"] <= FULL["variance"]
+    message = _messages(rows)["variance"]
+    if _points(rows)["variance"] == 0.0:
+        assert "can signal only its own processes" in message, message
+
+
+def test_fork_bomb_is_stopped(graded):
+    rows = graded["by_file"]["chuck.ipynb"]
+    assert _points(rows)["standardise"] == 0.0
+    message = _messages(rows)["standardise"]
+    assert message.startswith("your solution cell failed: BlockingIOError: [Errno 11]"), message
+    assert f"process limit ({PROCESSES} processes" in message
+    assert _points(graded["by_file"]["solved.ipynb"]) == FULL  # graded beside it, as ever
+
+
+def test_memory_hog_is_stopped_and_the_kernel_lives_on(graded):
+    rows = graded["by_file"]["oscar.ipynb"]
+    message = _messages(rows)["mean_of"]
+    assert message.startswith("your solution cell failed: MemoryError"), message
+    assert f"memory limit ({MEMORY_GIB:g} GiB)" in message
+    assert _points(rows) == {"mean_of": 0.0, "variance": 0.0, "standardise": 5.0}
+
+
+def test_nothing_outside_the_submissions_copy_changes(graded):
+    assert graded["before"] == graded["after"]
+    places = [graded["root"], REPO, REPO / "notebooks", REPO / "student", Path.home(), Path("/tmp")]
+    planted = [p for place in places for p in place.glob("*pwned*")]
+    planted += list(graded["root"].rglob("*pwned*"))
+    assert not planted, planted
+
+
+def test_report_says_how_it_was_graded(graded):
+    summary = (graded["out"] / "feedback" / "chuck" / "summary.md").read_text()
+    assert "Graded in a sandbox (bubblewrap)" in summary and "no network" in summary
+    assert f"at most {PROCESSES} processes" in summary
+
+
+def test_missing_bubblewrap_fails_with_the_package_name(monkeypatch, tmp_path):
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: None)
+    with pytest.raises(SystemExit) as e:
+        grading.grade(tmp_path, tmp_path / "out", source=FIXTURE.parent)
+    assert "apt-get install bubblewrap" in str(e.value) and "--unsafe-no-sandbox" in str(e.value)
+
+
+def test_unsafe_no_sandbox_grades_the_old_way_with_a_warning(graded, tmp_path):
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "solved.ipynb").write_bytes(
+        (graded["root"] / "submissions" / "solved.ipynb").read_bytes())
+    run, _ = _cli("grade", subs, "--out", tmp_path / "out", "--source", graded["root"] / "chapters",
+                  "--cell-timeout", CELL_TIMEOUT, "--time-limit", TIME_LIMIT, "--unsafe-no-sandbox")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _points(_read_csv(tmp_path / "out" / "grades.csv")) == FULL
+    assert "WITHOUT a sandbox" in run.stdout and "WITHOUT a sandbox" in run.stderr
+    assert "WITHOUT a sandbox" in (tmp_path / "out" / "feedback" / "solved" / "summary.md").read_text()
