@@ -214,8 +214,10 @@ def _submissions(sol, stu, folder: Path, chapters: Path, out: Path, port: int):
     write("one_99_sample.ipynb", _variant(  # and a solution cell that does not even compile
         stu, variance_solution=_cell(sol, "variance_solution").source,
         standardise_solution="def standardise(values):\n        m = 0\n    return values"))
-    tampered = _variant(stu, variance_solution=_cell(sol, "variance_solution").source,
-                        mean_of_tests="pass  # the student emptied the locked test cell")
+    tampered = _variant(stu, mean_of_tests="pass  # the student emptied the locked test cell",
+                        variance_solution=(  # what no sandbox stops: a patch in the tests' kernel
+                            "def population_variance(values):\n    return 0.0\n\n"
+                            "math.isclose = lambda *args, **kwargs: True"))
     pasted = copy.deepcopy(_cell(tampered, "standardise_solution"))  # a copy-pasted exercise cell
     pasted["id"] = "pasted"
     tampered.cells.insert(9, pasted)
@@ -366,6 +368,15 @@ def test_error_in_the_students_own_cell_is_named_first(graded):
 def test_edited_tests_are_restored_and_duplicated_cells_ignored(graded):
     rows = graded["by_file"]["tampered.ipynb"]
     assert _points(rows) == {"mean_of": 0.0, "variance": 3.0, "standardise": 0.0}
+
+
+def test_patching_the_tests_library_is_flagged_for_review(graded):
+    """A sandbox cannot stop code that patches the kernel the tests run in (here math.isclose,
+    so a wrong answer passes): the score table flags it for the instructor to read."""
+    rows = graded["by_file"]["tampered.ipynb"]
+    assert _points(rows)["variance"] == 3.0  # the cheat works...
+    assert "for review: the code reassigns a library function" in _messages(rows)["variance"]
+    assert "for review" not in _messages(graded["by_file"]["solved.ipynb"])["variance"]
 
 
 def test_hidden_tests_are_reinserted(graded):

@@ -31,7 +31,8 @@ UNSAFE_WARNING = ("WARNING: graded WITHOUT a sandbox (--unsafe-no-sandbox): the 
 SUSPECT = [
     (r"^\s*(torch|np|numpy|math|statistics|builtins|pytest|unittest)(\.\w+)+\s*=(?!=)",
      "reassigns a library function"),
-    (r"\bsetattr\(\s*(torch|np|numpy|math|statistics|builtins)\b", "reassigns a library function"),
+    (r"\bsetattr\(\s*(torch|np|numpy|math|statistics|builtins)\b|\bmock\.patch|\bpatch\.object|"
+     r"\bsys\.modules\[", "reassigns a library function"),
     (r"\b(get_ipython|showtraceback|excepthook|__builtins__|import builtins|sys\._getframe|"
      r"gc\.get_referrers|ctypes)\b", "reaches into the kernel or the interpreter"),
 ]

@@ -132,7 +132,7 @@ def command(kernel_cmd: list[str], work: Path, sockets: Path, limits: Limits,
     args += parents(Path(INSIDE_WORK)) + ["--bind", str(work), INSIDE_WORK, "--chdir", INSIDE_WORK]
     for key, value in env.items():
         args += ["--setenv", key, value]
-    return args + ["--", kernel_cmd[0], "-I", INSIDE_LAUNCHER, _settings(limits, uid), "--",
+    return args + ["--", sys.executable, "-I", INSIDE_LAUNCHER, _settings(limits, uid), "--",
                    *kernel_cmd]
 
 
@@ -146,7 +146,7 @@ def _settings(limits: Limits, uid: int | None) -> str:
 
 def unsandboxed_command(kernel_cmd: list[str], limits: Limits) -> list[str]:
     """--unsafe-no-sandbox: the same limits (no user switch), no isolation."""
-    return [kernel_cmd[0], "-I", str(LAUNCHER), _settings(limits, None), "--", *kernel_cmd]
+    return [sys.executable, "-I", str(LAUNCHER), _settings(limits, None), "--", *kernel_cmd]
 
 
 def kernel_env(home: str = "/tmp") -> dict[str, str]:
