@@ -62,7 +62,9 @@ class MultiHeadAttention(nn.Module):
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
                 attn_mask=None, average_attn_weights=True, is_causal=False):
         """query (N, S, E), key and value (N, T, E) -> output (N, S, E) and the weights
-        (N, S, T) averaged over heads, or (N, H, S, T), or None if not need_weights."""
+        (N, S, T) averaged over heads, or (N, H, S, T), or None if not need_weights.
+        is_causal=True applies the causal mask itself (nn.MultiheadAttention only takes
+        it as a hint that attn_mask is causal)."""
         N, S, E = query.shape
         T = key.shape[1]
         b = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None,) * 3
