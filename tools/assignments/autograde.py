@@ -135,6 +135,10 @@ def autograde(work: Path) -> dict:
     timeout = task["cell_timeout"]
     errors = {nbgrader_meta(c).get("grade_id"): error_text(c, timeout) for c in nb.cells
               if is_graded(c) or nbgrader_meta(c).get("solution")}
+    # A solution cell that did not run (the kernel had died or hung before it) is not the
+    # student's error in that cell: the test cell's message says what happened.
+    solution_errors = {gid: text for gid, text in errors.items()
+                       if text and not text.startswith("not run:")}
     with Gradebook(f"sqlite:///{work / 'gradebook.db'}", COURSE_ID) as gb:
         sub = gb.find_submission_notebook(chapter, chapter, STUDENT_ID)
         scores = {g.name: (g.auto_score, g.max_score) for g in sub.grades}
@@ -146,7 +150,7 @@ def autograde(work: Path) -> dict:
             result["grades"].append({
                 "grade_id": gid, "points": scores[gid][0], "max_points": scores[gid][1],
                 "message": errors.get(gid, ""),
-                "solution_error": errors.get(f"{e['id']}_solution", "")})
+                "solution_error": solution_errors.get(f"{e['id']}_solution", "")})
     result["ok"] = True
     try:
         run_converter(GenerateFeedback, work, chapter, STUDENT_ID)

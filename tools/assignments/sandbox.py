@@ -227,8 +227,8 @@ def explain(text: str, limits: Limits | None) -> str:
          f"stopped by the grader's memory limit ({limits.memory_gib:g} GiB)"),
         (r"\[Errno 11\] Resource temporarily unavailable|can't start new thread",
          f"stopped by the grader's process limit ({limits.processes} processes and threads)"),
-        (r"\[Errno 101\]|Network is unreachable|Name or service not known|"
-         r"Temporary failure in name resolution|\[Errno -[23]\]",
+        (r"\[Errno 101\]|\[Errno 111\]|Network is unreachable|Connection refused|"
+         r"Name or service not known|Temporary failure in name resolution|\[Errno -[23]\]",
          "blocked: graded without network access"),
         (r"\[Errno 30\]|Read-only file system",
          "blocked: outside its own folder the notebook may not write"),
