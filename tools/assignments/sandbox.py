@@ -19,6 +19,7 @@ number of processes and threads, and the size of a file it writes. The grader's 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -48,7 +49,7 @@ UID_BASE = 1_800_000_000
 class Limits:
     memory_gib: float = 8.0   # address space of each process (RLIMIT_AS)
     processes: int = 256      # processes and threads of the sandbox's user (RLIMIT_NPROC)
-    file_mib: int = 1024      # largest file it can write (RLIMIT_FSIZE)
+    file_mib: int = 1024      # largest file it can write (RLIMIT_FSIZE), and /tmp's size
 
     def describe(self) -> str:
         return (f"memory {self.memory_gib:g} GiB per process, at most {self.processes} processes "
@@ -73,6 +74,13 @@ def check() -> str | None:
                 "unprivileged user namespaces may be disabled (sysctl "
                 "kernel.unprivileged_userns_clone=1), or run the grader as root")
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _tmpfs_size_supported(bwrap: str) -> bool:
+    """bwrap >= 0.7 can bound the size of a tmpfs (the private /tmp lives in memory)."""
+    help_text = subprocess.run([bwrap, "--help"], capture_output=True, text=True)
+    return "--size" in help_text.stdout + help_text.stderr
 
 
 def _ro_binds() -> list[Path]:
@@ -120,8 +128,9 @@ def command(kernel_cmd: list[str], work: Path, sockets: Path, limits: Limits,
                 out += ["--perms", "0755", "--dir", str(parent)]
         return out
 
-    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
-             "--perms", "1777", "--tmpfs", "/tmp"]
+    size = ["--size", str(limits.file_mib * 2**20)] if _tmpfs_size_supported(bwrap) else []
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", *size, "--tmpfs", "/dev/shm",
+             "--perms", "1777", *size, "--tmpfs", "/tmp"]
     for name in ETC:
         if (Path("/etc") / name).exists():
             args += parents(Path("/etc") / name) + ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
