@@ -40,8 +40,10 @@ def chapter_notebooks(source: Path = CHAPTERS, only: list[str] | None = None) ->
     if only:
         missing = [c for c in only if c not in found]
         if missing:
-            raise SystemExit(f"unknown chapter(s) {', '.join(missing)}; "
-                             f"chapters in {source}: {', '.join(found) or 'none'}")
+            where = ("listed in _toc.yml" if source.resolve() == CHAPTERS.resolve()
+                     else f"in {source}")
+            raise SystemExit(f"unknown chapter(s) {', '.join(missing)}; chapters {where} with a "
+                             f"notebook: {', '.join(found) or 'none'}")
         found = {c: found[c] for c in only}
     return found
 
