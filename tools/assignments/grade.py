@@ -18,6 +18,8 @@ from pathlib import Path
 
 import nbformat
 
+from tools.build import threads_per_notebook
+
 from . import sandbox
 from .common import (CHAPTERS, REPO, STUDENT_ID, apply_mocks, build_course, chapter_notebooks,
                      exercise_name, exercises, fmt, grade_ids, mocks, nbgrader_meta)
@@ -282,7 +284,7 @@ def grade(submissions: Path, out: Path, source: Path = CHAPTERS, only: list[str]
     if env.get("BOOK_DATA_MIRROR"):  # kernels run elsewhere: a relative mirror path must not break
         env["BOOK_DATA_MIRROR"] = str(Path(env["BOOK_DATA_MIRROR"]).resolve())
     if jobs > 1 and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        env["OMP_NUM_THREADS"] = str(threads_per_notebook(jobs))
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH")] if p)
     task = {"cell_timeout": cell_timeout, "limits": asdict(limits), "sandbox": not unsafe_no_sandbox}
