@@ -39,7 +39,9 @@ def table_rows(html):
     """The text of each cell of each body row of the page's first table."""
     table = re.search(r"<table.*?</table>", html, re.DOTALL).group(0)
     body = re.search(r"<tbody>(.*?)</tbody>", table, re.DOTALL).group(1)
-    text = lambda cell: unescape(re.sub(r"<[^>]+>", "", cell)).strip()  # noqa: E731
+    # Sphinx typesets quotes (smartquotes): compare the plain characters.
+    plain = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})
+    text = lambda cell: unescape(re.sub(r"<[^>]+>", "", cell)).strip().translate(plain)  # noqa: E731
     return [[text(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.DOTALL)]
             for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.DOTALL)]
 
