@@ -163,7 +163,8 @@ def execute(schedule, jobs, run_dir=RUN_DIR, stems=None):
     settings = SCHEDULES[schedule]
     if stems is None:
         stems = sorted(p.name for p in run_dir.iterdir() if p.is_dir())
-    report = run_dir / "nbmake-report.xml"
+    # One report per build process: several builds of single chapters may share run_dir.
+    report = run_dir / f"nbmake-report-{os.getpid()}.xml"
     command = [
         sys.executable, "-m", "pytest", "--nbmake", "--overwrite", "-p", "no:cacheprovider",
         f"--nbmake-timeout={settings['timeout']}", "--durations=0", "-v",
@@ -181,6 +182,7 @@ def execute(schedule, jobs, run_dir=RUN_DIR, stems=None):
             if not any(child.tag in ("failure", "error", "skipped") for child in case):
                 passed |= {s for s in stems if f"{s}.ipynb" in case.get("name", "")
                            or s in case.get("classname", "").split(".")}
+        report.unlink()
     return passed
 
 
