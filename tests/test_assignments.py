@@ -12,8 +12,9 @@ Two kinds:
   hostile submissions (tests/fixtures/hostile.py: reading the source notebook or another
   student's file, writing the gradebook or the grades, the network, killing the grader, a fork
   bomb, memory, a busy loop) graded between honest ones, which must come out exactly as when
-  graded alone. A notebook that never ends is stopped at a 10 s time limit in a run of its own,
-  while the chapters are released.
+  graded alone. Two runs of their own go on in the background while the chapters are
+  released: a notebook that never ends, stopped at a 10 s time limit, and a solved notebook
+  graded with --unsafe-no-sandbox.
 
 The expensive steps happen once per session in fixtures; tests read their results.
 """
@@ -274,20 +275,29 @@ def runs(tmp_path_factory):
     sol = nbformat.read(FIXTURE, as_version=4)
     nbformat.write(_other_chapter(sol), chapters / "98_other.ipynb")
     _forever(sol, root / "slow-submissions")
-    with open(root / "slow.log", "w") as log:
-        slow = subprocess.Popen(
-            [sys.executable, "-m", "tools.assignments", "grade", root / "slow-submissions",
-             "--out", root / "slow-out", "--source", chapters, "--cell-timeout", str(CELL_TIMEOUT),
-             "--time-limit", str(SHORT_TIME_LIMIT)], cwd=REPO, env=_env(), stdout=log,
-            stderr=subprocess.STDOUT)
+    (root / "unsafe-submissions").mkdir()
+    nbformat.write(sol, root / "unsafe-submissions" / "solved.ipynb")
+    background = {
+        "slow": ["--time-limit", SHORT_TIME_LIMIT],
+        "unsafe": ["--time-limit", TIME_LIMIT, "--unsafe-no-sandbox"],
+    }
+    for name, options in background.items():
+        with open(root / f"{name}.log", "w") as log, open(root / f"{name}.err", "w") as err:
+            background[name] = subprocess.Popen(
+                [sys.executable, "-m", "tools.assignments", "grade", root / f"{name}-submissions",
+                 "--out", root / f"{name}-out", "--source", chapters,
+                 "--cell-timeout", str(CELL_TIMEOUT), *map(str, options)],
+                cwd=REPO, env=_env(), stdout=log, stderr=err)
     try:
         released = root / "release" / "student"
         _, release_errors = asg.release(out=released) if STEMS else ([], {})
         _, errors = asg.release(source=chapters, out=root / "student", only=["99_sample"])
         assert not errors, errors
     finally:
-        slow.wait(timeout=600)
-    assert slow.returncode == 0, (root / "slow.log").read_text()[-3000:]
+        for process in background.values():
+            process.wait(timeout=600)
+    for name, process in background.items():
+        assert process.returncode == 0, (root / f"{name}.err").read_text()[-3000:]
     stu = nbformat.read(root / "student" / "99_sample.ipynb", as_version=4)
     subs, out, canary = root / "submissions", root / "out", root / "canary"
     out.mkdir()
@@ -571,14 +581,21 @@ def test_missing_bubblewrap_fails_with_the_package_name(monkeypatch, tmp_path):
     assert "apt-get install bubblewrap" in str(e.value) and "--unsafe-no-sandbox" in str(e.value)
 
 
-def test_unsafe_no_sandbox_grades_the_old_way_with_a_warning(graded, tmp_path):
-    subs = tmp_path / "subs"
-    subs.mkdir()
-    (subs / "solved.ipynb").write_bytes(
-        (graded["root"] / "submissions" / "solved.ipynb").read_bytes())
-    run, _ = _cli("grade", subs, "--out", tmp_path / "out", "--source", graded["root"] / "chapters",
-                  "--cell-timeout", CELL_TIMEOUT, "--time-limit", TIME_LIMIT, "--unsafe-no-sandbox")
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert _points(_read_csv(tmp_path / "out" / "grades.csv")) == FULL
-    assert "WITHOUT a sandbox" in run.stdout and "WITHOUT a sandbox" in run.stderr
-    assert "WITHOUT a sandbox" in (tmp_path / "out" / "feedback" / "solved" / "summary.md").read_text()
+def test_unsafe_no_sandbox_grades_the_old_way_with_a_warning(graded):
+    """Graded in the fixture, in the background while the chapters are released."""
+    root = graded["root"]
+    assert _points(_read_csv(root / "unsafe-out" / "grades.csv")) == FULL
+    assert "WITHOUT a sandbox" in (root / "unsafe.log").read_text()  # the grader's stdout
+    assert "WITHOUT a sandbox" in (root / "unsafe.err").read_text()  # and its stderr
+    assert "WITHOUT a sandbox" in (root / "unsafe-out" / "feedback" / "solved" / "summary.md").read_text()
+
+
+def test_gradebook_revision_is_the_newest_migration():
+    """The grader reads nbgrader's migration head in its own process (common.alembic_head)
+    instead of starting the `alembic` script: it must be the revision no migration builds on."""
+    from nbgrader.dbutil import ALEMBIC_DIR
+
+    texts = [p.read_text() for p in Path(ALEMBIC_DIR, "versions").glob("*.py")]
+    revisions = {re.search(r"^revision = '(\w+)'", t, re.M).group(1) for t in texts}
+    parents = {m for t in texts for m in re.findall(r"^down_revision = '(\w+)'", t, re.M)}
+    assert len(revisions) > 1 and revisions - parents == {asg.common.alembic_head()}

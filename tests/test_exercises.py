@@ -28,7 +28,7 @@ def test_every_stub_fails_only_with_not_implemented_error(path):
     assert checked == graded_ids(read(path)), "every autograded exercise was checked"
 
 
-def chapter_with_exercise(tmp_path, test_source):
+def chapter_with_exercise(folder, stem, test_source):
     """A one-exercise chapter and its student version, as tools.assignments would release it."""
     meta = lambda **kw: {"nbgrader": {"schema_version": 3, "task": False, **kw}}  # noqa: E731
     solution = nbformat.v4.new_code_cell(
@@ -43,27 +43,42 @@ def chapter_with_exercise(tmp_path, test_source):
     student = nbformat.from_dict(nbformat.reads(nbformat.writes(chapter), as_version=4))
     student.cells[3].source = "def double(x):\n    raise NotImplementedError()"
     student.cells[4].source = test_source.split("### BEGIN HIDDEN TESTS")[0]
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "student").mkdir()
-    nbformat.write(chapter, tmp_path / "notebooks" / "98_double.ipynb")
-    nbformat.write(student, tmp_path / "student" / "98_double.ipynb")
-    return tmp_path / "notebooks" / "98_double.ipynb"
+    for sub in ("notebooks", "student"):
+        (folder / sub).mkdir(exist_ok=True)
+    nbformat.write(chapter, folder / "notebooks" / f"{stem}.ipynb")
+    nbformat.write(student, folder / "student" / f"{stem}.ipynb")
+    return folder / "notebooks" / f"{stem}.ipynb"
 
 
-@pytest.mark.parametrize("test_source, caught", [
-    ("assert double(2) == 4\n### BEGIN HIDDEN TESTS\nassert double(3) == 6\n### END HIDDEN TESTS",
-     False),
+# Test cells of the one-exercise chapter, and whether the student check must object to them.
+TEST_CELLS = {
+    "98_fair": ("assert double(2) == 4\n### BEGIN HIDDEN TESTS\nassert double(3) == 6\n"
+                "### END HIDDEN TESTS", False),
     # Passes with the solution; on the stub it swallows NotImplementedError and fails with an
     # AssertionError, which the autograder would report instead of "not implemented".
-    ("try:\n    out = double(2)\nexcept Exception:\n    out = None\nassert out == 4\n"
-     "### BEGIN HIDDEN TESTS\nassert double(3) == 6\n### END HIDDEN TESTS", True),
-])
-def test_student_check_catches_a_test_that_fails_for_another_reason(
-        tmp_path, monkeypatch, test_source, caught):
-    path = chapter_with_exercise(tmp_path, test_source)
-    monkeypatch.setattr(build, "STUDENT_DIR", tmp_path / "student")
-    run_dir = tmp_path / "run"
-    build.stage_runs([path], "ci", run_dir)
-    assert build.execute("ci", 1, run_dir) == {path.stem}, "test cells may raise; the run passes"
-    problems = build.student_check_problems(read(run_dir / path.stem / path.name))
-    assert bool(problems) == caught, problems
+    "98_swallows": ("try:\n    out = double(2)\nexcept Exception:\n    out = None\n"
+                    "assert out == 4\n### BEGIN HIDDEN TESTS\nassert double(3) == 6\n"
+                    "### END HIDDEN TESTS", True),
+}
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory):
+    """Both one-exercise chapters staged with their student check and executed in one run."""
+    folder = tmp_path_factory.mktemp("student-check")
+    paths = [chapter_with_exercise(folder, stem, source)
+             for stem, (source, _) in TEST_CELLS.items()]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build, "STUDENT_DIR", folder / "student")
+        build.stage_runs(paths, "ci", folder / "run")
+    return folder / "run", build.execute("ci", 1, folder / "run")
+
+
+# Under pytest-xdist (make test), both cases run on one worker, which executes them once.
+@pytest.mark.xdist_group("student-check-demo")
+@pytest.mark.parametrize("stem", TEST_CELLS)
+def test_student_check_catches_a_test_that_fails_for_another_reason(demo_runs, stem):
+    run_dir, passed = demo_runs
+    assert stem in passed, "test cells may raise; the run passes"
+    problems = build.student_check_problems(read(run_dir / stem / f"{stem}.ipynb"))
+    assert bool(problems) == TEST_CELLS[stem][1], problems

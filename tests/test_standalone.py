@@ -10,34 +10,43 @@ from tools import build
 CHAPTERS = chapter_paths()
 
 
-def first_cells(path):
-    """The chapter's title, setup and parameters cells: a quick notebook that still runs the setup."""
-    nb = read(path)
-    parameters = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    nb.cells = nb.cells[: parameters + 1]
-    return nb
-
-
-def run_alone(nb, name, tmp_path):
-    source = tmp_path / "src" / name
-    source.parent.mkdir()
-    nbformat.write(nb, source)
-    run_dir = tmp_path / "run"
-    build.stage_runs([source], "ci", run_dir, student_check=False)
-    assert sorted(p.name for p in (run_dir / source.stem).iterdir()) == [name], "staged alone"
-    return build.execute("ci", 1, run_dir) == {source.stem}
-
-
-def test_runner_passes_a_notebook_that_stands_alone(tmp_path):
-    assert run_alone(first_cells(CHAPTERS[0]), CHAPTERS[0].name, tmp_path)
-
-
-def test_runner_fails_a_notebook_that_needs_repository_files(tmp_path):
-    nb = first_cells(CHAPTERS[0])
-    # Works when run in place (notebooks/ sits next to _config.yml), not from an empty folder.
+@pytest.fixture(scope="module")
+def runner_outcome(tmp_path_factory):
+    """Two tiny notebooks, staged and executed by the build's own runner in one run: one stands
+    alone, the other reads a file of the repository (it works in place, since notebooks/ sits
+    next to _config.yml, but not from an empty folder). Returns the stems that passed."""
+    tmp_path = tmp_path_factory.mktemp("standalone")
     assert (ROOT / "notebooks" / ".." / "_config.yml").exists()
-    nb.cells.append(nbformat.v4.new_code_cell('print(open("../_config.yml").read()[:20])'))
-    assert not run_alone(nb, CHAPTERS[0].name, tmp_path)
+    cells = {
+        "00_alone": 'import sys\nprint(sys.version)',
+        "00_needs_repository": 'print(open("../_config.yml").read()[:20])',
+    }
+    sources = []
+    for stem, code in cells.items():
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {stem}"),
+                                             nbformat.v4.new_code_cell(code)])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                     "language": "python"}
+        sources.append(tmp_path / "src" / f"{stem}.ipynb")
+        sources[-1].parent.mkdir(exist_ok=True)
+        nbformat.write(nb, sources[-1])
+    run_dir = tmp_path / "run"
+    build.stage_runs(sources, "ci", run_dir, student_check=False)
+    for source in sources:
+        staged = sorted(p.name for p in (run_dir / source.stem).iterdir())
+        assert staged == [source.name], "each notebook is staged alone in its own folder"
+    return build.execute("ci", 1, run_dir)
+
+
+# Under pytest-xdist (make test), tests that share a module fixture run on one worker.
+@pytest.mark.xdist_group("standalone-runner")
+def test_runner_passes_a_notebook_that_stands_alone(runner_outcome):
+    assert "00_alone" in runner_outcome
+
+
+@pytest.mark.xdist_group("standalone-runner")
+def test_runner_fails_a_notebook_that_needs_repository_files(runner_outcome):
+    assert "00_needs_repository" not in runner_outcome
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)

@@ -35,13 +35,6 @@ graded (not JSON, not a notebook of the book, not one of the assigned chapters) 
 message instead of a crash. Set ASSIGNMENTS_KEEP_WORK=1 to keep the work folders (the log of each
 submission is their log.txt).
 """
-import sys
-
-# jsonschema (under nbformat) imports rfc3987_syntax, when installed, only to check "iri" string
-# formats, which the notebook schema never uses; building its grammar costs ~2 s of CPU in every
-# process, and grading starts one process per submission: skip it (before nbformat is imported).
-sys.modules.setdefault("rfc3987_syntax", None)
-
 from .common import (CHAPTER_RE, CHAPTERS, COURSE_ID, REPO, STUDENT, STUDENT_ID, NbgraderFailed,
                      apply_mocks, build_course, chapter_notebooks, exercise_name, exercises,
                      grade_ids, is_graded, marker_problems, mocks, nbgrader_meta, parameters_cell)
