@@ -103,6 +103,8 @@ def student_check_cells(path):
         test = instructor_tests.get(grade_id)
         tags = [STUDENT_CHECK_TAG] + (["raises-exception"] if test is not None else [])
         new = nbformat.v4.new_code_cell((test or cell).source)
+        # A fixed id, not nbformat's random one: the staged notebook keys the build cache.
+        new.id = f"{STUDENT_CHECK_TAG}-{len(cells)}"
         new.metadata = {"tags": tags, "nbgrader": copy.deepcopy(nbgrader_meta(test or cell))}
         cells.append(new)
     return cells
