@@ -190,10 +190,12 @@ def check_plain_markdown(nb, path=None):
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown" and MYST_SYNTAX.search(cell.source):
             problems.append(f"cell {i} uses MyST syntax, which Colab shows raw: use plain Markdown and cell tags")
-        # A tab, backspace or form feed in Markdown is a LaTeX command eaten by a Python string
-        # escape (\text -> tab + "ext", \beta -> backspace + "eta"), which renders wrongly.
-        if cell.cell_type == "markdown" and re.search(r"[\t\b\f]", cell.source):
-            problems.append(f"cell {i} holds a tab, backspace or form feed: a LaTeX command lost to a string escape?")
+        # A control character in Markdown is a LaTeX command eaten by a Python string escape
+        # (\text -> tab + "ext", \beta -> backspace + "eta", \approx -> bell + "pprox",
+        # \rho -> carriage return + "ho"), which renders wrongly.
+        if cell.cell_type == "markdown" and re.search(r"[\t\b\f\a\v\r]", cell.source):
+            problems.append(f"cell {i} holds a control character (tab, backspace, bell, ...): "
+                            "a LaTeX command lost to a string escape?")
     return problems
 
 

@@ -101,11 +101,13 @@ def test_exercise_without_hidden_tests_is_caught(chapter):
     assert any("hidden" in p for p in check_exercises(broken, path))
 
 
-def test_latex_lost_to_a_string_escape_is_caught(chapter):
+@pytest.mark.parametrize("lost", ["\text{max}", "\approx", "\rho", "\beta"])
+def test_latex_lost_to_a_string_escape_is_caught(chapter, lost):
+    """E.g. "\t" of "\text" became a tab, "\a" of "\approx" a bell."""
     path, nb = chapter
     broken = copy.deepcopy(nb)
-    broken.cells[0].source += "\n\n$2/\\lambda_\text{max}$"  # "\t" of "\text" became a tab
-    assert any("tab" in p for p in check_plain_markdown(broken, path))
+    broken.cells[0].source += f"\n\n$2/\\lambda_{lost}$"
+    assert any("control character" in p for p in check_plain_markdown(broken, path))
 
 
 def test_snippet_edited_in_a_chapter_is_caught():
