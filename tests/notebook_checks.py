@@ -19,7 +19,7 @@ DATA_SNIPPET = SNIPPETS / "fashion_mnist.py"
 INSTALLED = {
     "torch", "torchvision", "numpy", "pandas", "matplotlib", "PIL", "IPython", "skimage",
     "torchinfo", "torchmetrics", "timm", "d2l", "tensorboard", "captum",
-    "open_clip", "pycocotools",
+    "open_clip", "pycocotools", "scipy",
 }
 # Of those, what a fresh Colab runtime lacks: the setup cell must install these when used.
 COLAB_LACKS = {
