@@ -14,8 +14,8 @@ book: $(STAMP)
 	$(PY) -m tools.build --schedule full
 
 # Static checks first (seconds, before any notebook runs), then the notebooks, then every other
-# test, two at a time (much of their time is spent waiting on kernels, browsers and time limits;
-# tests that share an expensive fixture carry an xdist_group mark, so it runs once). Each step runs even when an earlier one failed, so one broken notebook hides no other
+# test, two test files at a time (much of their time is spent waiting on kernels, browsers and
+# time limits; each file stays on one worker, so its expensive fixtures run once). Each step runs even when an earlier one failed, so one broken notebook hides no other
 # result; the exit status reports them all. Each step's time is printed for the CI budget.
 test: $(STAMP)
 	@status=0; start=$$SECONDS; \
@@ -23,7 +23,7 @@ test: $(STAMP)
 	static=$$SECONDS; \
 	$(PY) -m tools.build --schedule ci || status=1; \
 	built=$$SECONDS; \
-	$(PY) -m pytest tests --ignore=tests/test_conventions.py -n 2 --dist loadgroup || status=1; \
+	$(PY) -m pytest tests --ignore=tests/test_conventions.py -n 2 --dist loadfile || status=1; \
 	echo "make test: static checks $$((static - start)) s, notebooks and site $$((built - static)) s," \
 	     "other tests $$((SECONDS - built)) s"; \
 	exit $$status

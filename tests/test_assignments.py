@@ -47,9 +47,6 @@ import hostile  # noqa: E402
 FIXTURE = REPO / "tests" / "fixtures" / "chapters" / "99_sample.ipynb"
 CHAPTERS = asg.chapter_notebooks()
 STEMS = list(CHAPTERS)
-# With pytest-xdist, keep this module's tests on one worker (--dist loadgroup): the session
-# fixtures below are expensive and should run once.
-pytestmark = pytest.mark.xdist_group("assignments")
 
 # Limits of the grading run, in seconds. The fixture's cells take milliseconds and a
 # submission a few seconds of CPU (kernel start-up included); the margins are for a busy machine.

@@ -74,8 +74,6 @@ def demo_runs(tmp_path_factory):
     return folder / "run", build.execute("ci", 1, folder / "run")
 
 
-# Under pytest-xdist (make test), both cases run on one worker, which executes them once.
-@pytest.mark.xdist_group("student-check-demo")
 @pytest.mark.parametrize("stem", TEST_CELLS)
 def test_student_check_catches_a_test_that_fails_for_another_reason(demo_runs, stem):
     run_dir, passed = demo_runs

@@ -38,13 +38,10 @@ def runner_outcome(tmp_path_factory):
     return build.execute("ci", 1, run_dir)
 
 
-# Under pytest-xdist (make test), tests that share a module fixture run on one worker.
-@pytest.mark.xdist_group("standalone-runner")
 def test_runner_passes_a_notebook_that_stands_alone(runner_outcome):
     assert "00_alone" in runner_outcome
 
 
-@pytest.mark.xdist_group("standalone-runner")
 def test_runner_fails_a_notebook_that_needs_repository_files(runner_outcome):
     assert "00_needs_repository" not in runner_outcome
 
