@@ -196,6 +196,12 @@ def check_plain_markdown(nb, path=None):
         if cell.cell_type == "markdown" and re.search(r"[\t\b\f\a\v\r]", cell.source):
             problems.append(f"cell {i} holds a control character (tab, backspace, bell, ...): "
                             "a LaTeX command lost to a string escape?")
+        # Markdown reads a line of display math that opens with "+ ", "- ", "* " or "> " as a
+        # list item or a quote, and the website then shows the whole formula as raw TeX.
+        for math in re.findall(r"\$\$(.*?)\$\$", cell.source, re.DOTALL) if cell.cell_type == "markdown" else []:
+            if re.search(r"^[ \t]*[-+*>][ \t]", math, re.MULTILINE):
+                problems.append(f"cell {i}: a line of $$ math opens with +, -, * or >, which "
+                                "Markdown reads as a list or quote: move the sign up a line")
     return problems
 
 

@@ -110,6 +110,13 @@ def test_latex_lost_to_a_string_escape_is_caught(chapter, lost):
     assert any("control character" in p for p in check_plain_markdown(broken, path))
 
 
+def test_display_math_line_read_as_a_list_item_is_caught(chapter):
+    path, nb = chapter
+    broken = copy.deepcopy(nb)
+    broken.cells[0].source += "\n\n$$a = b\n+ c$$\n"
+    assert any("list or quote" in p for p in check_plain_markdown(broken, path))
+
+
 def test_snippet_edited_in_a_chapter_is_caught():
     path = next(p for p in CHAPTERS if check_snippets(read(p), p) == [] and "fashion_mnist(" in p.read_text())
     broken = read(path)
