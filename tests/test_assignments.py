@@ -12,8 +12,8 @@ Two kinds:
   hostile submissions (tests/fixtures/hostile.py: reading the source notebook or another
   student's file, writing the gradebook or the grades, the network, killing the grader, a fork
   bomb, memory, a busy loop) graded between honest ones, which must come out exactly as when
-  graded alone. Two runs of their own go on in the background while the chapters are
-  released: a notebook that never ends, stopped at a 10 s time limit, and a solved notebook
+  graded alone. Two runs of their own go on in the background while the submissions are
+  written: a notebook that never ends, stopped at a 10 s time limit, and a solved notebook
   graded with --unsafe-no-sandbox.
 
 The expensive steps happen once per session in fixtures; tests read their results.
@@ -94,9 +94,11 @@ def _hashes(*folders):
 # ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def released(runs):
+def released(tmp_path_factory):
     """`release` of the current chapters into a temporary folder (compared with student/)."""
-    return runs["released"]
+    out = tmp_path_factory.mktemp("release") / "student"
+    _, errors = asg.release(out=out) if STEMS else ([], {})
+    return {"out": out, "errors": errors}
 
 
 @pytest.fixture
@@ -261,9 +263,11 @@ def _forever(sol, folder: Path):
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    """All the expensive work, once, never more than two kernels at a time: the time-limit run
-    (one kernel, asleep) starts in the background while this process releases the chapters;
-    then the main grading run, two kernels at a time."""
+    """The grading runs, once, never more than two kernels at a time: the time-limit run (one
+    kernel, asleep) and the unsafe run start in the background while this process releases the
+    fixture chapter and writes the submissions; then the main grading run, two kernels at a
+    time. (The release of the book's chapters is a fixture of its own: tests of one chapter's
+    student copy need no grading.)"""
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     root = tmp_path_factory.mktemp("grading")
     chapters = root / "chapters"
@@ -286,25 +290,24 @@ def runs(tmp_path_factory):
                  "--cell-timeout", str(CELL_TIMEOUT), *map(str, options)],
                 cwd=REPO, env=_env(), stdout=log, stderr=err)
     try:
-        released = root / "release" / "student"
-        _, release_errors = asg.release(out=released) if STEMS else ([], {})
         _, errors = asg.release(source=chapters, out=root / "student", only=["99_sample"])
         assert not errors, errors
-    finally:
+        stu = nbformat.read(root / "student" / "99_sample.ipynb", as_version=4)
+        subs, out, canary = root / "submissions", root / "out", root / "canary"
+        out.mkdir()
+        (out / "previous.txt").write_text("an earlier run's file: the grader leaves it alone\n")
+        canary.mkdir()
+        (canary / "notes.txt").write_text("nothing may change this\n")
+        # what the hostile notebook tries to reach
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        _submissions(sol, stu, subs, chapters, out, listener.getsockname()[1])
+        before = _hashes(subs, chapters, canary)
+    finally:  # never more than two kernels: the main run waits for these
         for process in background.values():
             process.wait(timeout=600)
     for name, process in background.items():
         assert process.returncode == 0, (root / f"{name}.err").read_text()[-3000:]
-    stu = nbformat.read(root / "student" / "99_sample.ipynb", as_version=4)
-    subs, out, canary = root / "submissions", root / "out", root / "canary"
-    out.mkdir()
-    (out / "previous.txt").write_text("an earlier run's file: the grader leaves it alone\n")
-    canary.mkdir()
-    (canary / "notes.txt").write_text("nothing may change this\n")
-    listener = socket.create_server(("127.0.0.1", 0))  # what the hostile notebook tries to reach
-    listener.setblocking(False)
-    _submissions(sol, stu, subs, chapters, out, listener.getsockname()[1])
-    before = _hashes(subs, chapters, canary)
     started = time.monotonic()
     run, cpu = _cli("grade", subs, "--out", out, "--source", chapters, "--chapters", "99_sample",
                     "--cell-timeout", CELL_TIMEOUT, "--time-limit", TIME_LIMIT, "--jobs", 2,
@@ -328,12 +331,12 @@ def runs(tmp_path_factory):
           f"{cpu:.0f} s of CPU; all runs: {total:.0f} s of CPU in subprocesses")
     graded = {"rows": rows, "by_file": by_file, "before": before, "after": after, "out": out,
               "root": root, "student": stu, "sol": sol, "stdout": run.stdout, "reached": reached}
-    return {"released": {"out": released, "errors": release_errors}, "graded": graded}
+    return graded
 
 
 @pytest.fixture(scope="session")
 def graded(runs):
-    return runs["graded"]
+    return runs
 
 
 def _points(rows):
@@ -579,7 +582,7 @@ def test_missing_bubblewrap_fails_with_the_package_name(monkeypatch, tmp_path):
 
 
 def test_unsafe_no_sandbox_grades_the_old_way_with_a_warning(graded):
-    """Graded in the fixture, in the background while the chapters are released."""
+    """Graded in the fixture, in the background while the submissions are written."""
     root = graded["root"]
     assert _points(_read_csv(root / "unsafe-out" / "grades.csv")) == FULL
     assert "WITHOUT a sandbox" in (root / "unsafe.log").read_text()  # the grader's stdout
