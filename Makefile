@@ -15,8 +15,9 @@ book: $(STAMP)
 
 # Static checks first (seconds, before any notebook runs), then the notebooks, then every other
 # test, two test files at a time (much of their time is spent waiting on kernels, browsers and
-# time limits; each file stays on one worker, so its expensive fixtures run once). Each step runs even when an earlier one failed, so one broken notebook hides no other
-# result; the exit status reports them all. Each step's time is printed for the CI budget.
+# time limits; each file stays on one worker, so its expensive fixtures run once). Each step runs
+# even when an earlier one failed, so one broken notebook hides no other result; the exit status
+# reports them all. Each step's time is printed for the CI budget.
 test: $(STAMP)
 	@status=0; start=$$SECONDS; \
 	$(PY) -m pytest tests/test_conventions.py -q || status=1; \

@@ -1,5 +1,6 @@
-"""The book's build and assignment tools. Importing this package first (the tests load it as a
-pytest plugin, `-p tools` in pytest.ini, before nbmake's) saves every process ~2 s of CPU:"""
+"""The book's build and assignment tools. Importing this package before nbformat saves a process
+about 2 s of CPU (see below); the tests load it first as a pytest plugin (`-p tools` in
+pytest.ini), ahead of nbmake, which imports nbformat."""
 import sys
 
 # jsonschema (under nbformat) imports rfc3987_syntax, when installed, only to check "iri" string

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import nbformat
